@@ -1,0 +1,246 @@
+"""The LightningModule that trains a UNet on the Improved DDPM objective.
+
+It adds no diffusion math: losses, likelihood terms and sampling come from
+:mod:`iddpm_pl.diffusion`; this module draws timesteps, weights the losses, keeps the EMA,
+logs, and estimates the held-out bits/dim.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from iddpm_pl.diffusion import GaussianDiffusion, TimestepSampler
+from iddpm_pl.ema import EMA
+
+log = logging.getLogger(__name__)
+
+SamplingMethod = Literal["ancestral", "ddim"]
+NUM_QUARTILES = 4
+
+
+class DiffusionModule(pl.LightningModule):
+    """Train ``net`` with ``diffusion.training_losses`` and keep an EMA of its weights.
+
+    Args:
+        net: the network, called as ``net(x_t, t_model, y=labels)`` (``y`` only when
+            ``class_conditional``); its output channels must match the variance type.
+        diffusion: the training diffusion (its loss type decides the objective).
+        timestep_sampler: draws t and the importance weights; the importance-sampler
+            callback updates it from the per-step VLB terms.
+        optimizer: a partial optimizer, called with the parameters (Hydra ``_partial_``).
+        ema_rate: EMA decay; ``ema_warmup`` ramps it up as ``(1 + n) / (10 + n)``.
+        class_conditional: pass the batch labels to the network as ``y``.
+        val_seed: seed of the validation noise and timesteps, so every validation pass
+            sees the same draws and never touches the global RNG of training.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        diffusion: GaussianDiffusion,
+        timestep_sampler: TimestepSampler,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        ema_rate: float = 0.9999,
+        ema_warmup: bool = False,
+        class_conditional: bool = False,
+        val_seed: int = 1234,
+    ) -> None:
+        super().__init__()
+        if timestep_sampler.num_timesteps != diffusion.num_timesteps:
+            raise ValueError(
+                f"timestep sampler has T = {timestep_sampler.num_timesteps} but the diffusion "
+                f"has T = {diffusion.num_timesteps}; build both from the same num_timesteps"
+            )
+        self.net = net
+        self.diffusion = diffusion
+        self.timestep_sampler = timestep_sampler
+        self.optimizer_factory = optimizer
+        self.ema = EMA(net, rate=ema_rate, warmup=ema_warmup)
+        self.class_conditional = class_conditional
+        self.val_seed = val_seed
+        self.val_bpd = MeanMetric()
+        self.val_prior_bpd = MeanMetric()
+        # (t, vb) of the last training batch, detached, for the importance-sampler callback.
+        self.last_timesteps: torch.Tensor | None = None
+        self.last_vb: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def model_kwargs(self, labels: torch.Tensor) -> dict[str, Any]:
+        """Return the extra network arguments for a batch: the labels when conditional."""
+        return {"y": labels} if self.class_conditional else {}
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.optimizer_factory(self.net.parameters())
+
+    # ------------------------------------------------------------------ training
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x_start, labels = batch
+        n = x_start.shape[0]
+        # t is drawn on the CPU, so the per-quartile counts below need no device sync.
+        t_cpu, weights = self.timestep_sampler.sample(n, device="cpu")
+        t = t_cpu.to(self.device, non_blocking=True)
+        weights = weights.to(self.device, non_blocking=True)
+
+        losses = self.diffusion.training_losses(
+            self.net, x_start, t, model_kwargs=self.model_kwargs(labels)
+        )
+        loss = (losses["loss"] * weights).mean()
+
+        self.last_timesteps = t.detach()
+        self.last_vb = losses["vb"].detach()
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/mse", losses["mse"].mean())
+        self.log("train/vb", losses["vb"].mean())
+        self._log_quartiles(t_cpu, losses)
+        return loss
+
+    def _log_quartiles(self, t_cpu: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+        """Log mse and vb averaged within each quarter of the chain (``q0`` is near t = 0)."""
+        quartile_cpu = t_cpu * NUM_QUARTILES // self.diffusion.num_timesteps
+        quartile = quartile_cpu.to(self.device, non_blocking=True)
+        for q in range(NUM_QUARTILES):
+            count = int((quartile_cpu == q).sum())
+            if count == 0:
+                continue
+            mask = (quartile == q).float()
+            for name in ("mse", "vb"):
+                value = (losses[name].detach() * mask).sum() / count
+                self.log(f"train/{name}_q{q}", value, batch_size=count)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.ema.update_parameters(self.net)
+
+    # ------------------------------------------------------------------ validation
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        """Estimate the held-out NLL bound: ``T * L_t`` at uniform t plus the prior term.
+
+        Averaged over the split, ``T * L_t`` with t uniform is an unbiased estimate of
+        ``L_0 + ... + L_{T-1}``; the EMA network is the one evaluated.
+        """
+        x_start, labels = batch
+        n = x_start.shape[0]
+        generator = torch.Generator().manual_seed(
+            self.val_seed + batch_idx + 1000003 * self.global_rank
+        )
+        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=generator).to(
+            self.device
+        )
+        noise = torch.randn(x_start.shape, generator=generator).to(self.device)
+        x_t = self.diffusion.q_sample(x_start, t, noise)
+        output = self.diffusion.call_model(
+            self.ema.module, x_t, t, self.model_kwargs(labels)
+        ).float()
+        vb, _ = self.diffusion.vb_terms_bpd(output, x_start, x_t, t)
+        prior = self.diffusion.prior_bpd(x_start)
+        self.val_bpd.update(self.diffusion.num_timesteps * vb + prior)
+        self.val_prior_bpd.update(prior)
+        self.log("val/bpd", self.val_bpd, prog_bar=True)
+        self.log("val/prior_bpd", self.val_prior_bpd)
+
+    # ------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        steps: str | int | None = None,
+        method: SamplingMethod = "ancestral",
+        eta: float = 0.0,
+        labels: torch.Tensor | None = None,
+        seed: int | None = None,
+        use_ema: bool = True,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Draw ``[num_samples, C, H, W]`` images in [-1, 1] from the (EMA) network.
+
+        ``steps`` respaces the chain (``None`` keeps all T); ``method`` is ``ancestral`` or
+        ``ddim`` (with ``eta``). With a ``seed`` every draw comes from a private generator
+        (the same images for the same seed, and the global RNG untouched).
+        """
+        if method not in ("ancestral", "ddim"):
+            raise ValueError(
+                f"unknown sampling method {method!r}; valid choices are ancestral, ddim"
+            )
+        diffusion = self.diffusion if steps is None else self.diffusion.respace(str(steps))
+        net = self.ema.module if use_ema else self.net
+        shape = (num_samples, *self.image_shape)
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        noise = torch.randn(shape, generator=generator, device=self.device)
+        kwargs: dict[str, Any] = {}
+        if self.class_conditional:
+            if labels is None:
+                raise ValueError(
+                    "a class-conditional model needs labels to sample; pass labels=[N] int64"
+                )
+            kwargs["y"] = labels.to(self.device)
+        was_training = net.training
+        net.eval()
+        try:
+            common = dict(noise=noise, model_kwargs=kwargs, generator=generator, progress=progress)
+            if method == "ddim":
+                return diffusion.ddim_sample_loop(net, shape, eta=eta, **common)
+            return diffusion.p_sample_loop(net, shape, **common)
+        finally:
+            net.train(was_training)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the images the network was built for."""
+        net = self.net
+        return (int(net.in_channels), int(net.image_size), int(net.image_size))
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Saved so that a resumed run draws the same t, noise and dropout masks as an
+        # uninterrupted one (Lightning restores model, optimizer and loops, not the RNGs).
+        # Plain tensors, numbers and lists only, so the file loads with weights_only=True.
+        _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+        version, python_state, gauss = random.getstate()
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "pos": int(pos),
+                "has_gauss": int(has_gauss),
+                "cached_gaussian": float(cached_gaussian),
+            },
+            "python": {"version": version, "state": list(python_state), "gauss": gauss},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        states = checkpoint.get("rng_states")
+        if states is None:
+            log.warning("checkpoint has no RNG states; the resumed run draws new random numbers")
+            return
+        torch.set_rng_state(states["torch"])
+        numpy_state = states["numpy"]
+        np.random.set_state(
+            (
+                "MT19937",
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["pos"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
+        python_state = states["python"]
+        random.setstate(
+            (python_state["version"], tuple(python_state["state"]), python_state["gauss"])
+        )

@@ -1,0 +1,1 @@
+"""Glue shared by the entry points: config checks, builders, images, logging."""
