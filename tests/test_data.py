@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from sklearn.datasets import load_digits
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from iddpm_pl.data import (
     CIFAR10DataModule,
@@ -20,6 +20,7 @@ from iddpm_pl.data import (
     float_to_uint8,
     uint8_to_float,
 )
+from iddpm_pl.data.base import EpochShuffleSampler
 from iddpm_pl.data.cifar10 import BATCH_FILES
 
 # ---------------------------------------------------------------- digits
@@ -117,7 +118,7 @@ def test_loader_settings():
     dm = DigitsDataModule(num_workers=1)
     dm.setup()
     train, test = dm.train_dataloader(), dm.test_dataloader()
-    assert isinstance(train.sampler, RandomSampler)
+    assert isinstance(train.sampler, EpochShuffleSampler)
     assert isinstance(test.sampler, SequentialSampler)
     assert train.drop_last
     assert not test.drop_last
@@ -432,3 +433,15 @@ def test_image_folder_too_few_images_raises(tmp_path):
 def test_image_folder_rejects_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ImageFolderDataModule(str(tmp_path), **kwargs)
+
+
+def test_epoch_shuffle_depends_on_epoch_only():
+    sampler = EpochShuffleSampler(50, seed=3)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global RNG must not matter
+    assert list(sampler) == first
+    assert sorted(first) == list(range(50))
+    sampler.set_epoch(1)
+    assert list(sampler) != first
+    sampler.set_epoch(0)
+    assert list(sampler) == first

@@ -11,12 +11,14 @@ Conventions for every data module of the package:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
 from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 SPLITS = ("train", "val", "test")
 UNLABELLED = -1
@@ -94,6 +96,30 @@ class ImageBatchCollate:
             flip = torch.rand(images.shape[0]) < 0.5
             images = torch.where(flip[:, None, None, None], images.flip(-1), images)
         return uint8_to_float(images), labels
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffle with a permutation drawn from ``(seed, epoch)``, not from the global RNG.
+
+    Lightning calls ``set_epoch`` at the start of every epoch, so a run resumed from a
+    checkpoint sees the same order as an uninterrupted one. The seed defaults to the run's
+    ``seed_everything`` seed (``PL_GLOBAL_SEED``).
+    """
+
+    def __init__(self, length: int, seed: int | None = None) -> None:
+        self.length = length
+        self.seed = int(os.environ.get("PL_GLOBAL_SEED", 0)) if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
 
 
 class InMemoryDataModule(LightningDataModule):
@@ -175,15 +201,19 @@ class InMemoryDataModule(LightningDataModule):
         return self._dataset(split).tensors[1]
 
     def _loader(self, split: str, batch_size: int, train: bool) -> DataLoader:
+        dataset = self._dataset(split)
         return DataLoader(
-            self._dataset(split),
+            dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(len(dataset)) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             collate_fn=ImageBatchCollate(random_flip=train and self.random_flip),
             pin_memory=torch.cuda.is_available(),
             persistent_workers=self.num_workers > 0,
+            # Starting an iterator draws a base seed; a private generator keeps that draw off
+            # the global RNG, so a resumed run draws the same noise as an uninterrupted one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
