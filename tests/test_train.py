@@ -139,7 +139,7 @@ def test_resume_matches_uninterrupted(compose_train, tmp_path):
         "trainer.val_check_interval=4",
         "model.dropout=0.1",
     ]
-    full = train(compose_train(*common, "trainer.max_steps=8", output_dir=tmp_path / "full"))
+    train(compose_train(*common, "trainer.max_steps=8", output_dir=tmp_path / "full"))
     first = train(compose_train(*common, "trainer.max_steps=4", output_dir=tmp_path / "first"))
     resumed = train(
         compose_train(

@@ -12,7 +12,7 @@ def ema_decay(rate: float, num_updates: torch.Tensor, warmup: bool) -> torch.Ten
 
     With ``warmup`` the decay is ``min(rate, (1 + n) / (10 + n))``, so a short run is not
     dominated by its random initial weights (at 0.9999 the average keeps e^-1 of them
-    after 10,000 steps). It stays a tensor, so the update never waits on the device.
+    after 10,000 steps). It stays a tensor, so reading the update count needs no device sync.
     """
     if not warmup:
         return rate
