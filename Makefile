@@ -33,5 +33,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+## Execute the notebooks with full settings; the executed copies (with outputs) go to
+## logs/notebooks/. NB_CKPT=<run>/checkpoints/last.ckpt analyses a trained run; without it
+## each notebook first trains a tiny model of its own.
+notebooks: $(STAMP)
+	mkdir -p logs/notebooks
+	cp notebooks/*.ipynb logs/notebooks/
+	cd logs/notebooks && for nb in *.ipynb; do \
+		IDDPM_NB_CKPT="$(abspath $(NB_CKPT))" IDDPM_NB_OUT=runs \
+		$(abspath $(BIN))/jupyter-execute --inplace --timeout=-1 $$nb || exit 1; \
+	done
+
 clean:
 	rm -rf logs multirun outputs .pytest_cache

@@ -79,7 +79,7 @@ def test_every_group_instantiates(compose_train, tmp_path):
         assert len(loggers) == (0 if choice == "none" else 1)
     cfg = compose_train()
     callbacks = [hydra.utils.instantiate(spec) for spec in cfg.callbacks.values()]
-    assert len(callbacks) == 4
+    assert len(callbacks) == 5
     trainer = hydra.utils.instantiate(compose_train("trainer=cpu").trainer)
     assert trainer.max_steps == 4
 

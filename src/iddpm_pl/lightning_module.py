@@ -7,6 +7,7 @@ logs, and estimates the held-out bits/dim.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from collections.abc import Callable
@@ -25,6 +26,19 @@ log = logging.getLogger(__name__)
 
 SamplingMethod = Literal["ancestral", "ddim"]
 NUM_QUARTILES = 4
+
+
+def reseed_for_rank(rank: int) -> None:
+    """Reseed torch, NumPy and Python's RNGs from one draw of the torch RNG plus ``rank``.
+
+    Every DDP process starts from the same ``seed_everything`` seed. Without a reseed, every
+    rank would draw the same t, noise and dropout masks for its own images. It is called on
+    ranks above 0 only, so rank 0 keeps the stream of a single-process run.
+    """
+    seed = int(torch.randint(0, 2**62, ())) + rank
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 class DiffusionModule(pl.LightningModule):
@@ -82,6 +96,10 @@ class DiffusionModule(pl.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return self.optimizer_factory(self.net.parameters())
 
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.trainer.world_size > 1 and self.global_rank > 0:
+            reseed_for_rank(self.global_rank)
+
     # ------------------------------------------------------------------ training
 
     def training_step(
@@ -132,14 +150,7 @@ class DiffusionModule(pl.LightningModule):
         ``L_0 + ... + L_{T-1}``; the EMA network is the one evaluated.
         """
         x_start, labels = batch
-        n = x_start.shape[0]
-        generator = torch.Generator().manual_seed(
-            self.val_seed + batch_idx + 1000003 * self.global_rank
-        )
-        t = torch.randint(0, self.diffusion.num_timesteps, (n,), generator=generator).to(
-            self.device
-        )
-        noise = torch.randn(x_start.shape, generator=generator).to(self.device)
+        t, noise = self.validation_draws(x_start)
         x_t = self.diffusion.q_sample(x_start, t, noise)
         output = self.diffusion.call_model(
             self.ema.module, x_t, t, self.model_kwargs(labels)
@@ -150,6 +161,25 @@ class DiffusionModule(pl.LightningModule):
         self.val_prior_bpd.update(prior)
         self.log("val/bpd", self.val_bpd, prog_bar=True)
         self.log("val/prior_bpd", self.val_prior_bpd)
+
+    def validation_draws(self, x_start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``t`` int64 ``[N]`` and ``noise`` ``[N, C, H, W]`` for a validation batch.
+
+        Each image gets its own generator, seeded with a hash of ``val_seed`` and its pixels,
+        so its draws do not depend on the batch, the order or the DDP rank that it lands in.
+        The estimate over a split is therefore the same for any batch size and number of
+        processes.
+        """
+        images = x_start.detach().float().cpu().contiguous()
+        key = str(self.val_seed).encode()
+        t = torch.empty(images.shape[0], dtype=torch.int64)
+        noise = torch.empty(images.shape)
+        for i, image in enumerate(images):
+            digest = hashlib.blake2b(image.numpy().tobytes(), digest_size=8, key=key).digest()
+            generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+            t[i] = torch.randint(0, self.diffusion.num_timesteps, (), generator=generator)
+            noise[i] = torch.randn(image.shape, generator=generator)
+        return t.to(self.device), noise.to(self.device)
 
     # ------------------------------------------------------------------ sampling
 
@@ -244,3 +274,7 @@ class DiffusionModule(pl.LightningModule):
         random.setstate(
             (python_state["version"], tuple(python_state["state"]), python_state["gauss"])
         )
+        # The file contains rank 0's states, so every other DDP rank moves off that stream.
+        trainer = self._trainer
+        if trainer is not None and trainer.world_size > 1 and self.global_rank > 0:
+            reseed_for_rank(self.global_rank)

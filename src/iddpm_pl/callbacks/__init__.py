@@ -2,5 +2,6 @@
 
 from .importance_sampler import ImportanceSamplerCallback
 from .sample_grid import SampleGridCallback
+from .wandb_plots import WandbPlotsCallback
 
-__all__ = ["ImportanceSamplerCallback", "SampleGridCallback"]
+__all__ = ["ImportanceSamplerCallback", "SampleGridCallback", "WandbPlotsCallback"]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 
@@ -122,6 +123,30 @@ class EpochShuffleSampler(Sampler[int]):
         return self.length
 
 
+def eval_sampler(dataset: TensorDataset) -> Sampler[int] | None:
+    """Return the sampler of a val or test loader: ``None`` (in order) unless distributed.
+
+    Under a process group of W > 1 processes, rank r reads images r, r + W, r + 2W, ... and
+    no image twice, so a metric averaged across ranks covers the split exactly once (the
+    ``DistributedSampler`` that Lightning would insert pads the shards by repeating images).
+    Shards differ in size by at most one image. Lightning leaves a ``DistributedSampler``
+    subclass in place.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return None
+    world_size = torch.distributed.get_world_size()
+    if world_size == 1:
+        return None
+    if len(dataset) < world_size:
+        raise ValueError(
+            f"an evaluation split of {len(dataset)} images cannot give each of {world_size} "
+            f"processes an image: use a larger val/test fraction or fewer processes"
+        )
+    return UnrepeatedDistributedSampler(
+        dataset, num_replicas=world_size, rank=torch.distributed.get_rank(), shuffle=False
+    )
+
+
 class InMemoryDataModule(LightningDataModule):
     """Base DataModule holding every split in memory as uint8 images and int64 labels.
 
@@ -205,7 +230,7 @@ class InMemoryDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            sampler=EpochShuffleSampler(len(dataset)) if train else None,
+            sampler=EpochShuffleSampler(len(dataset)) if train else eval_sampler(dataset),
             drop_last=train,
             num_workers=self.num_workers,
             collate_fn=ImageBatchCollate(random_flip=train and self.random_flip),
@@ -227,9 +252,9 @@ class InMemoryDataModule(LightningDataModule):
         return self._loader("train", self.batch_size, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        """In order, no flips, every image kept."""
+        """In order, no flips, every image kept (once, across ranks, under DDP)."""
         return self._loader("val", self.eval_batch_size, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        """In order, no flips, every image kept."""
+        """In order, no flips, every image kept (once, across ranks, under DDP)."""
         return self._loader("test", self.eval_batch_size, train=False)
