@@ -19,7 +19,7 @@ FINAL_OUTPUT = {
     "01_noise_schedules.ipynb": "beta_tilde / beta reaches 0.5 at step",
     "02_vlb_terms.ipynb": "total bits/dim",
     "03_importance_sampling.ipynb": "variance ratio uniform / importance (replayed p_t): estimate x",
-    "04_fast_sampling.ipynb": "FID (random-conv features",
+    "04_fast_sampling.ipynb": "FID (digits-classifier features",
 }
 # Seconds one cell may run before the test fails (the tiny training cells take ~10 s).
 CELL_TIMEOUT = 300

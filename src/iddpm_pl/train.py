@@ -103,6 +103,11 @@ def finish_wandb(trainer: pl.Trainer | None, failed: bool) -> None:
             logger.experiment.finish(exit_code=1 if failed else 0)
 
 
+def existing_file(path: str | None) -> str | None:
+    """Return ``path`` if it names a file on disk (``fast_dev_run`` writes no checkpoint)."""
+    return path if path and Path(path).is_file() else None
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train from a composed config; return the final metrics and the output paths."""
     validate_config(cfg)
@@ -134,8 +139,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     result = {
         "metrics": metrics,
         "output_dir": str(output_dir),
-        "last_checkpoint": getattr(checkpoint, "last_model_path", None) or None,
-        "best_checkpoint": getattr(checkpoint, "best_model_path", None) or None,
+        "last_checkpoint": existing_file(getattr(checkpoint, "last_model_path", None)),
+        "best_checkpoint": existing_file(getattr(checkpoint, "best_model_path", None)),
         "sample_dir": str(cfg.callbacks.sample_grid.output_dir)
         if cfg.get("callbacks") and cfg.callbacks.get("sample_grid")
         else None,
