@@ -24,7 +24,7 @@ train: $(STAMP)
 
 ## Run the whole test suite (slow tests included); exits non-zero on any failure.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15 $(ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q --durations=15 $(ARGS)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)

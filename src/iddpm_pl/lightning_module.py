@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 SamplingMethod = Literal["ancestral", "ddim"]
 NUM_QUARTILES = 4
+# torch.compile's wrapper stores the wrapped module as ``_orig_mod``.
+COMPILED_SEGMENT = "_orig_mod."
 
 
 def reseed_for_rank(rank: int) -> None:
@@ -39,6 +41,22 @@ def reseed_for_rank(rank: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def match_compiled_keys(
+    module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any
+) -> None:
+    """Rename the keys of ``state_dict`` in place to match ``module``'s, ``_orig_mod.`` aside.
+
+    ``torch.compile(net)`` returns a wrapper whose state_dict keys carry an ``_orig_mod.``
+    segment. This load pre-hook renames them, so such a checkpoint loads into an unwrapped
+    net and a plain checkpoint loads into a wrapped one.
+    """
+    own = {key.replace(COMPILED_SEGMENT, ""): key for key in module.state_dict()}
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        target = own.get(key[len(prefix) :].replace(COMPILED_SEGMENT, ""))
+        if target is not None and prefix + target != key and prefix + target not in state_dict:
+            state_dict[prefix + target] = state_dict.pop(key)
 
 
 class DiffusionModule(pl.LightningModule):
@@ -55,6 +73,11 @@ class DiffusionModule(pl.LightningModule):
         class_conditional: pass the batch labels to the network as ``y``.
         val_seed: seed of the validation noise and timesteps, so every validation pass
             sees the same draws and never touches the global RNG of training.
+        compile_net: compile ``net`` in place with ``torch.compile`` when fitting starts
+            (training forward and backward only; the EMA copy stays eager). Off by
+            default: on the 2-core CPU it did not speed up a step (docs/benchmarks.md).
+        channels_last: store the conv weights of ``net`` and its EMA copy channels_last,
+            so convolutions run NHWC. Off by default: slower on the CPU (docs/benchmarks.md).
     """
 
     def __init__(
@@ -67,6 +90,8 @@ class DiffusionModule(pl.LightningModule):
         ema_warmup: bool = False,
         class_conditional: bool = False,
         val_seed: int = 1234,
+        compile_net: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         if timestep_sampler.num_timesteps != diffusion.num_timesteps:
@@ -74,11 +99,18 @@ class DiffusionModule(pl.LightningModule):
                 f"timestep sampler has T = {timestep_sampler.num_timesteps} but the diffusion "
                 f"has T = {diffusion.num_timesteps}; build both from the same num_timesteps"
             )
+        if channels_last:
+            # Before the EMA copy is made, so that it inherits the layout.
+            net = net.to(memory_format=torch.channels_last)
         self.net = net
         self.diffusion = diffusion
         self.timestep_sampler = timestep_sampler
         self.optimizer_factory = optimizer
         self.ema = EMA(net, rate=ema_rate, warmup=ema_warmup)
+        self.compile_net = compile_net
+        self.net_compiled = False
+        # A checkpoint of a net wrapped by torch.compile has ``_orig_mod.`` in its keys.
+        self.register_load_state_dict_pre_hook(match_compiled_keys)
         self.class_conditional = class_conditional
         self.val_seed = val_seed
         self.val_bpd = MeanMetric()
@@ -99,6 +131,19 @@ class DiffusionModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.trainer.world_size > 1 and self.global_rank > 0:
             reseed_for_rank(self.global_rank)
+        if stage == "fit" and self.compile_net:
+            self.compile_network()
+
+    def compile_network(self) -> None:
+        """Compile ``net`` in place (``nn.Module.compile``), once; its EMA copy stays eager.
+
+        In place, so the state_dict keys keep their names and a checkpoint loads the same
+        with or without compilation. Called in ``setup``, inside every (spawned) process.
+        """
+        if not self.net_compiled:
+            # Static shapes: the training batch size is fixed (the last batch is dropped).
+            self.net.compile(dynamic=False)
+            self.net_compiled = True
 
     # ------------------------------------------------------------------ training
 
@@ -155,7 +200,9 @@ class DiffusionModule(pl.LightningModule):
         output = self.diffusion.call_model(
             self.ema.module, x_t, t, self.model_kwargs(labels)
         ).float()
-        vb, _ = self.diffusion.vb_terms_bpd(output, x_start, x_t, t)
+        # Clipping the x_0 prediction to [-1, 1] defines the reverse process whose bound
+        # `evaluate` reports, so the two numbers estimate the same quantity.
+        vb, _ = self.diffusion.vb_terms_bpd(output, x_start, x_t, t, clip_denoised=True)
         prior = self.diffusion.prior_bpd(x_start)
         self.val_bpd.update(self.diffusion.num_timesteps * vb + prior)
         self.val_prior_bpd.update(prior)
