@@ -311,7 +311,10 @@ def paired_nets(
             torch.manual_seed(0)
             return perturb_(build_reference_net(ref, cfg), seed=1).to(device)
 
-    n_ours, n_ref = count_parameters(build_ours(cfg)), count_parameters(build_reference_net(ref, cfg))
+    n_ours, n_ref = (
+        count_parameters(build_ours(cfg)),
+        count_parameters(build_reference_net(ref, cfg)),
+    )
     if n_ours != n_ref:
         raise RuntimeError(
             f"config {cfg.name}: our UNet has {n_ours} parameters, the reference {n_ref}; "
@@ -462,7 +465,9 @@ def train_variants(device: torch.device, compile_nets: bool) -> list[OursTrain]:
         ]
         if device.type == "cuda":
             variants.append(
-                OursTrain("ours compile bf16 channels_last", bf16=True, channels_last=True, compile=True)
+                OursTrain(
+                    "ours compile bf16 channels_last", bf16=True, channels_last=True, compile=True
+                )
             )
     return variants
 
@@ -649,9 +654,7 @@ def bench_sample(
     timings = time_interleaved(fns, rounds, device, warmup=0)
     forward = model_flops(make_ours(), images(cfg, cfg.batch, device), backward=False)
     flops = {name: forward * int(SAMPLE_STEPS) * n / cfg.batch for name, n in batch_of.items()}
-    rows = make_rows(
-        "sample", cfg, batch_of, timings, flops, bf16_of, peaks, compile_seconds
-    )
+    rows = make_rows("sample", cfg, batch_of, timings, flops, bf16_of, peaks, compile_seconds)
     base = outputs["ours fp32 inference_mode"]
     gaps = {
         name: float((out - base).abs().max())
@@ -764,7 +767,10 @@ def lightning_overhead(
         ).to(device)
 
     batches = [
-        (images(cfg, cfg.batch, device, seed=i), torch.zeros(cfg.batch, dtype=torch.int64, device=device))
+        (
+            images(cfg, cfg.batch, device, seed=i),
+            torch.zeros(cfg.batch, dtype=torch.int64, device=device),
+        )
         for i in range(steps)
     ]
     loader = torch.utils.data.DataLoader(batches, batch_size=None)

@@ -148,9 +148,7 @@ def test_plain_checkpoint_loads_into_compiled_wrapper():
     state = tiny_module(tiny_net(seed=1)).state_dict()
     wrapped = tiny_module(torch.compile(tiny_net()))
     wrapped.load_state_dict(state, strict=True)
-    torch.testing.assert_close(
-        wrapped.net._orig_mod.out[2].weight, state["net.out.2.weight"]
-    )
+    torch.testing.assert_close(wrapped.net._orig_mod.out[2].weight, state["net.out.2.weight"])
 
 
 def test_compile_net_keeps_state_dict_keys():
@@ -172,9 +170,7 @@ def test_compile_net_matches_eager_step():
     torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-5)
     loss.backward()
     expected.backward()
-    for (name, p), q in zip(
-        compiled.net.named_parameters(), eager.net.parameters(), strict=True
-    ):
+    for (name, p), q in zip(compiled.net.named_parameters(), eager.net.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
