@@ -565,3 +565,26 @@ def test_cli_error_exit(entry, args, message):
     assert result.returncode == 1
     assert message in output
     assert "Traceback" not in output
+
+
+def test_evaluate_folders_started_together_stay_apart(tmp_path, monkeypatch):
+    """Evaluations started in the same second each get their own folder."""
+    import datetime as dt
+    from concurrent.futures import ThreadPoolExecutor
+
+    import iddpm_pl.evaluate as evaluate_module
+
+    class FrozenClock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return cls(2026, 1, 2, 3, 4, 5)
+
+    monkeypatch.setattr(evaluate_module, "datetime", FrozenClock)
+    ckpt = tmp_path / "last.ckpt"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        folders = list(
+            pool.map(lambda _: evaluate_module.default_output_dir(tmp_path, ckpt, "test"), range(8))
+        )
+    base = "last_test_2026-01-02_03-04-05"
+    assert sorted(f.name for f in folders) == sorted([base] + [f"{base}-{i}" for i in range(1, 8)])
+    assert all(f.is_dir() and f.parent == tmp_path / "eval" for f in folders)

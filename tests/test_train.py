@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -105,17 +106,20 @@ def test_paper_experiments_compose(compose_train, experiment):
 
 
 @pytest.mark.slow
-def test_short_run_writes_outputs(compose_train, tmp_path):
+def test_short_run_writes_outputs(compose_train, tmp_path, caplog):
     out = tmp_path / "run"
     cfg = compose_train("logger=csv", "callbacks.sample_grid.every_n_steps=2", output_dir=out)
-    result = train(cfg)
+    with caplog.at_level(logging.INFO, logger="iddpm_pl.callbacks.sample_grid"):
+        result = train(cfg)
 
     assert Path(result["last_checkpoint"]).name == "last.ckpt"
     assert Path(result["last_checkpoint"]).is_file()
     assert Path(result["best_checkpoint"]).is_file()
     grids = sorted((out / "samples").glob("step_*.png"))
-    # Steps 2 and 4 by the interval, and step 4 again at the end of fit (same file).
+    # Steps 2 and 4 by the interval; the end of fit does not draw step 4 a second time.
     assert [g.name for g in grids] == ["step_0000002.png", "step_0000004.png"]
+    draws = [r for r in caplog.records if r.getMessage().startswith("saved 4 EMA samples")]
+    assert len(draws) == 2
     # 4 samples -> a 2x2 grid of 8x8 images with 1-pixel borders, enlarged 4 times.
     assert Image.open(grids[0]).size == (2 * 10 * 4, 2 * 10 * 4)
     assert (out / "config_tree.yaml").is_file()

@@ -401,9 +401,24 @@ def sample_quality(
 
 
 def default_output_dir(run_dir: Path, ckpt_path: Path, split: str) -> Path:
-    """``RUN/eval/<checkpoint name>_<split>_<time stamp>``."""
+    """Create and return ``RUN/eval/<checkpoint name>_<split>_<time stamp>``.
+
+    Evaluations started in the same second (two metrics run side by side) get ``-1``,
+    ``-2``... appended, so none overwrites the other's ``metrics.json``.
+    """
     stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    return run_dir / "eval" / f"{ckpt_path.stem}_{split}_{stamp}"
+    base = run_dir / "eval" / f"{ckpt_path.stem}_{split}_{stamp}"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        path = base if attempt == 0 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            path.mkdir()  # atomic: exactly one process creates each name
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(
+        f"{base} and its 999 numbered variants already exist; pass output_dir=<new folder>"
+    )
 
 
 def scalar_metrics(results: dict[str, Any], split: str) -> dict[str, float]:

@@ -54,6 +54,7 @@ class SampleGridCallback(pl.Callback):
         self.seed = seed
         self.upscale = upscale
         self.last_path: Path | None = None
+        self.last_step: int | None = None
 
     def on_train_batch_end(
         self,
@@ -68,7 +69,9 @@ class SampleGridCallback(pl.Callback):
             self.draw(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.global_step > 0 and not trainer.sanity_checking:
+        # The final grid, unless the last interval already drew one at this step.
+        step = trainer.global_step
+        if step > 0 and not trainer.sanity_checking and step != self.last_step:
             self.draw(trainer, pl_module)
 
     @rank_zero_only
@@ -83,7 +86,7 @@ class SampleGridCallback(pl.Callback):
         )
         grid = make_grid(to_uint8(images))
         path = save_png(grid, self.output_dir / f"step_{trainer.global_step:07d}.png", self.upscale)
-        self.last_path = path
+        self.last_path, self.last_step = path, trainer.global_step
         log.info("saved %d EMA samples to %s", self.num_samples, path)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
