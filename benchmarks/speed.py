@@ -8,11 +8,12 @@ Sections (``--sections``, comma-separated; the default runs all but ``quality``)
   variance, backward, AdamW step, EMA update. Ours and the reference, same net size, batch
   and thread count, timed round by round.
 * ``sample``: 100 respaced ancestral steps, batch 64, digits model.
-* ``nll``: the full variational bound (``calc_bpd_loop``, T = 1000) of a small batch.
+* ``nll``: the full variational bound (``calc_bpd_loop``, T = 1000) of a small batch, also
+  with its chain steps stacked into network calls of ``--big-batch`` images.
 * ``lightning``: the training step through ``Trainer.fit`` against a bare loop over the same
   ``DiffusionModule.training_step``, optimizer and EMA update.
-* ``quality``: trains the digits model in fp32 and with bf16 autocast (two seeds each) and
-  prints validation bits/dim against the step.
+* ``quality``: trains the default digits run in fp32 and on a faster path (bf16 autocast and
+  a compiled UNet), two seeds each, and prints validation bits/dim against the step.
 
 The reference is not part of this project. Export it outside the repository and pass its
 folder; it is put on ``sys.path`` at run time and needs only torch and numpy::
@@ -462,6 +463,7 @@ def train_variants(device: torch.device, compile_nets: bool) -> list[OursTrain]:
         variants += [
             OursTrain("ours compile fp32", compile=True),
             OursTrain("ours compile bf16", bf16=True, compile=True),
+            OursTrain("ours compile bf16 + fused AdamW", bf16=True, compile=True, fused_adamw=True),
         ]
         if device.type == "cuda":
             variants.append(
@@ -524,14 +526,22 @@ def make_rows(
     peaks: dict[str, float],
     compile_seconds: dict[str, float],
 ) -> list[Row]:
-    """Build rows with images/s, MFU against the matching peak and the ratio to the reference."""
-    reference = timings.get("reference fp32")
-    reference_rate = images_of["reference fp32"] / reference.median if reference else None
+    """Build rows with images/s, MFU against the matching peak and the ratio to the reference.
+
+    The ratio divides images/s by those of the reference in fp32 at the same batch size
+    (``reference fp32`` or ``reference fp32, batch N``).
+    """
+    reference_rates = {
+        images_of[name]: images_of[name] / timing.median
+        for name, timing in timings.items()
+        if name.startswith("reference fp32")
+    }
     rows = []
     for name, timing in timings.items():
         flop = flops.get(name)
         peak = peaks.get("bf16" if bf16_of.get(name) else "fp32")
         rate = images_of[name] / timing.median
+        reference_rate = reference_rates.get(images_of[name])
         note = ""
         if name in compile_seconds:
             note = f"first call (compiling) {compile_seconds[name]:.0f} s"
@@ -564,6 +574,7 @@ class OursInference:
     inference_mode: bool = True
     compile: bool = False
     batch: int | None = None  # None: the section's batch
+    steps_per_call: int = 1  # NLL only: chain steps that share one network call
 
 
 def inference_net(make_net: Callable[[], nn.Module], variant: OursInference) -> nn.Module:
@@ -583,8 +594,12 @@ def grad_context(variant: OursInference) -> contextlib.AbstractContextManager[An
     return torch.inference_mode() if variant.inference_mode else torch.no_grad()
 
 
-def inference_variants(compile_nets: bool) -> list[OursInference]:
-    """List our sampling and NLL variants (the compiled ones only when ``compile_nets``)."""
+def inference_variants(compile_nets: bool, big_batch: int) -> list[OursInference]:
+    """List our sampling and NLL variants (the compiled ones only when ``compile_nets``).
+
+    The last ones run ``big_batch`` images per call: a throughput lever, not the same-batch
+    comparison with the reference.
+    """
     variants = [
         OursInference("ours fp32 no_grad", inference_mode=False),
         OursInference("ours fp32 inference_mode"),
@@ -595,6 +610,10 @@ def inference_variants(compile_nets: bool) -> list[OursInference]:
             OursInference("ours compile(freezing) fp32", compile=True),
             OursInference("ours compile(freezing) bf16", bf16=True, compile=True),
         ]
+    variants.append(OursInference(f"ours fp32 inference_mode, batch {big_batch}", batch=big_batch))
+    if compile_nets:
+        name = f"ours compile(freezing) bf16, batch {big_batch}"
+        variants.append(OursInference(name, bf16=True, compile=True, batch=big_batch))
     return variants
 
 
@@ -611,8 +630,7 @@ def bench_sample(
     make_ours, make_ref = paired_nets(ref, cfg, device)
     shape = (cfg.batch, cfg.channels, cfg.image_size, cfg.image_size)
     diffusion = ours_diffusion(device)
-    variants = inference_variants(compile_nets)
-    variants.append(OursInference(f"ours fp32 inference_mode, batch {big_batch}", batch=big_batch))
+    variants = inference_variants(compile_nets, big_batch)
     fns: dict[str, Callable[[], object]] = {}
     batch_of: dict[str, int] = {}
     bf16_of: dict[str, bool] = {"reference fp32": False}
@@ -635,16 +653,18 @@ def bench_sample(
         ref_net = make_ref().eval()
         ref_spaced = reference_diffusion(ref, SAMPLE_STEPS)
 
-        def ref_run(bf16: bool) -> Callable[[], object]:
+        def ref_run(bf16: bool, batch: int) -> Callable[[], object]:
             def run() -> None:
                 with torch.no_grad(), autocast(device, bf16):
-                    ref_spaced.p_sample_loop(ref_net, shape, clip_denoised=True)
+                    ref_spaced.p_sample_loop(ref_net, (batch, *shape[1:]), clip_denoised=True)
 
             return run
 
-        fns["reference fp32"] = ref_run(False)
-        fns["reference + bf16 autocast"] = ref_run(True)
+        fns["reference fp32"] = ref_run(False, cfg.batch)
+        fns["reference + bf16 autocast"] = ref_run(True, cfg.batch)
+        fns[f"reference fp32, batch {big_batch}"] = ref_run(False, big_batch)
         batch_of.update(dict.fromkeys(fns, cfg.batch))
+        batch_of[f"reference fp32, batch {big_batch}"] = big_batch
         bf16_of["reference + bf16 autocast"] = True
     for variant in variants:
         fns[variant.name] = ours_run(variant, inference_net(make_ours, variant))
@@ -673,14 +693,31 @@ def bench_nll(
     compile_nets: bool,
     batch: int,
     big_batch: int,
+    big_rows: bool = False,
 ) -> tuple[list[Row], dict[str, float]]:
-    """Time ``calc_bpd_loop`` over all T steps; also return each variant's mean bits/dim."""
+    """Time ``calc_bpd_loop`` over all T steps; also return each variant's mean bits/dim.
+
+    ``big_rows`` adds both code bases on ``big_batch`` images (each call then takes minutes).
+    """
     make_ours, make_ref = paired_nets(ref, cfg, device)
     x_small = images(cfg, batch, device, seed=1)
     x_big = images(cfg, big_batch, device, seed=1)
     diffusion = ours_diffusion(device)
-    variants = inference_variants(compile_nets)
-    variants.append(OursInference(f"ours fp32 inference_mode, batch {big_batch}", batch=big_batch))
+    variants = [
+        v for v in inference_variants(compile_nets, big_batch) if big_rows or v.batch is None
+    ]
+    # The same small batch, its chain steps stacked to fill a network call of big_batch.
+    per_call = max(1, big_batch // batch)
+    stacked = [
+        OursInference(f"ours fp32 inference_mode, {per_call} steps/call", steps_per_call=per_call),
+        OursInference(
+            f"ours bf16 inference_mode, {per_call} steps/call", bf16=True, steps_per_call=per_call
+        ),
+    ]
+    if compile_nets:
+        name = f"ours compile(freezing) bf16, {per_call} steps/call"
+        stacked.append(OursInference(name, bf16=True, compile=True, steps_per_call=per_call))
+    variants += stacked
     fns: dict[str, Callable[[], object]] = {}
     batch_of: dict[str, int] = {}
     bf16_of: dict[str, bool] = {"reference fp32": False}
@@ -692,13 +729,20 @@ def bench_nll(
         def run() -> None:
             generator = torch.Generator(device=device).manual_seed(0)
             with grad_context(variant), autocast(device, variant.bf16):
-                out = diffusion.calc_bpd_loop(net, x, clip_denoised=True, generator=generator)
+                out = diffusion.calc_bpd_loop(
+                    net,
+                    x,
+                    clip_denoised=True,
+                    generator=generator,
+                    steps_per_call=variant.steps_per_call,
+                )
             bpd[variant.name] = float(out["total_bpd"][:batch].mean())
 
         return run
 
     def forward_once(variant: OursInference, net: nn.Module) -> Callable[[], object]:
         x = x_big if variant.batch else x_small
+        x = x.repeat(variant.steps_per_call, 1, 1, 1)  # the batch the network will see
 
         def run() -> None:
             t = torch.full((x.shape[0],), 500.0, device=device)
@@ -712,17 +756,23 @@ def bench_nll(
         ref_net = make_ref().eval()
         ref_diffusion = reference_diffusion(ref)
 
-        def ref_run(name: str, bf16: bool) -> Callable[[], object]:
+        def ref_run(name: str, bf16: bool, x: torch.Tensor) -> Callable[[], object]:
             def run() -> None:
                 with autocast(device, bf16):
-                    out = ref_diffusion.calc_bpd_loop(ref_net, x_small, clip_denoised=True)
-                bpd[name] = float(out["total_bpd"].float().mean())
+                    out = ref_diffusion.calc_bpd_loop(ref_net, x, clip_denoised=True)
+                bpd[name] = float(out["total_bpd"][:batch].float().mean())
 
             return run
 
-        for name, bf16 in (("reference fp32", False), ("reference + bf16 autocast", True)):
-            fns[name] = ref_run(name, bf16)
-            batch_of[name] = batch
+        references = [
+            ("reference fp32", False, x_small),
+            ("reference + bf16 autocast", True, x_small),
+        ]
+        if big_rows:
+            references.append((f"reference fp32, batch {big_batch}", False, x_big))
+        for name, bf16, x in references:
+            fns[name] = ref_run(name, bf16, x)
+            batch_of[name] = x.shape[0]
             bf16_of[name] = bf16
     for variant in variants:
         net = inference_net(make_ours, variant)
@@ -830,13 +880,24 @@ def lightning_overhead(
 # ----------------------------------------------------------------------------- quality
 
 
-def quality_runs(
-    steps: int, val_every: int, seeds: list[int], precisions: list[str], workdir: Path
-) -> dict[str, dict[int, float]]:
-    """Train the default digits run per precision and seed; return val/bpd against the step.
+# The training paths the quality section compares, as overrides of the default run.
+QUALITY_PATHS = {
+    "fp32": ["trainer.precision=32-true"],
+    "bf16": ["trainer.precision=bf16-mixed"],
+    # Not fused AdamW: Lightning refuses to clip the gradients of a fused optimizer under
+    # mixed precision, and the default run clips at 1.0.
+    "bf16+compile": ["trainer.precision=bf16-mixed", "module.compile_net=true"],
+}
 
-    The real Hydra config and ``iddpm_pl.train.train``; only the length, the validation
-    interval, the precision and the seed change, and the sample grid is dropped.
+
+def quality_runs(
+    steps: int, val_every: int, seeds: list[int], paths: list[str], workdir: Path
+) -> dict[str, dict[str, Any]]:
+    """Train the default digits run per path and seed; return val/bpd against the step.
+
+    The real Hydra config and ``iddpm_pl.train.train``. Only the length, the validation
+    interval, the seed and the path's overrides (``QUALITY_PATHS``) change, and the sample
+    grid is dropped. Each result also gives the run's wall time in seconds.
     """
     import csv
 
@@ -845,11 +906,14 @@ def quality_runs(
 
     from iddpm_pl.train import train
 
-    curves: dict[str, dict[int, float]] = {}
-    for precision in precisions:
+    unknown = sorted(set(paths) - set(QUALITY_PATHS))
+    if unknown:
+        raise SystemExit(f"--quality-paths {unknown}: unknown; choose from {sorted(QUALITY_PATHS)}")
+    curves: dict[str, dict[str, Any]] = {}
+    for path in paths:
         for seed in seeds:
-            name = f"{precision} seed {seed}"
-            output_dir = workdir / f"{precision}_seed{seed}"
+            name = f"{path} seed {seed}"
+            output_dir = workdir / f"{path}_seed{seed}".replace("+", "_")
             GlobalHydra.instance().clear()
             with initialize_config_module("iddpm_pl.conf", version_base="1.3"):
                 cfg = compose(
@@ -857,7 +921,7 @@ def quality_runs(
                     overrides=[
                         "logger=csv",
                         f"seed={seed}",
-                        f"trainer.precision={precision}",
+                        *QUALITY_PATHS[path],
                         f"trainer.max_steps={steps}",
                         f"trainer.val_check_interval={val_every}",
                         "trainer.enable_progress_bar=false",
@@ -872,8 +936,9 @@ def quality_runs(
             (metrics,) = output_dir.glob("csv/**/metrics.csv")
             with metrics.open() as handle:
                 rows = [r for r in csv.DictReader(handle) if r.get("val/bpd")]
-            curves[name] = {int(r["step"]): float(r["val/bpd"]) for r in rows}
-            print(f"{name}: {seconds:.0f} s, val/bpd {curves[name]}", flush=True)
+            val_bpd = {int(r["step"]): float(r["val/bpd"]) for r in rows}
+            curves[name] = {"seconds": seconds, "val_bpd": val_bpd}
+            print(f"{name}: {seconds:.0f} s, val/bpd {val_bpd}", flush=True)
     GlobalHydra.instance().clear()
     return curves
 
@@ -935,6 +1000,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds, train section")
     parser.add_argument("--inference-rounds", type=int, default=3, help="sample/nll rounds")
     parser.add_argument("--nll-batch", type=int, default=16)
+    parser.add_argument(
+        "--nll-big-rows",
+        action="store_true",
+        help="also time the NLL of --big-batch images in both code bases (minutes per call)",
+    )
     parser.add_argument("--big-batch", type=int, default=256, help="larger-batch variants")
     parser.add_argument(
         "--compile",
@@ -947,7 +1017,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quality-steps", type=int, default=1500)
     parser.add_argument("--quality-every", type=int, default=250)
     parser.add_argument("--quality-seeds", default="0,1")
-    parser.add_argument("--quality-precisions", default="32-true,bf16-mixed")
+    parser.add_argument(
+        "--quality-paths",
+        default="fp32,bf16+compile",
+        help=f"training paths to compare, from {sorted(QUALITY_PATHS)}",
+    )
     parser.add_argument("--json", type=Path, help="also write every result to this file")
     return parser.parse_args(argv)
 
@@ -958,6 +1032,9 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
     torch.set_num_threads(args.threads)
+    # Every variant compiles UNet.forward again (other weights, shapes or autocast state);
+    # past Dynamo's default limit of 8 it would silently run the rest eagerly.
+    torch._dynamo.config.recompile_limit = 64
     torch.set_float32_matmul_precision("high")  # as train.py sets it
     torch.manual_seed(0)
     sections = set(args.sections.split(","))
@@ -1008,6 +1085,7 @@ def main(argv: list[str] | None = None) -> None:
             compile_nets,
             args.nll_batch,
             args.big_batch,
+            args.nll_big_rows,
         )
         rows += new
         results["nll_mean_bpd"] = bpd
@@ -1031,7 +1109,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.quality_steps,
                 args.quality_every,
                 [int(s) for s in args.quality_seeds.split(",")],
-                args.quality_precisions.split(","),
+                args.quality_paths.split(","),
                 Path(workdir),
             )
     if args.json:

@@ -258,16 +258,21 @@ def test_likelihood_runs_in_float32_under_autocast():
 
 
 def _oracle_eps_model(x0: torch.Tensor, alpha_bar: np.ndarray):
-    """A network that knows x0 and returns the exact eps (expects raw chain indices)."""
+    """Return a network built on x0 that outputs the exact eps (it expects raw chain indices).
+
+    A batch of several steps stacks them step by step, so x0 is tiled to the batch.
+    """
 
     def model(x_t, t):
         ab = torch.tensor(alpha_bar, dtype=torch.float64)[t].reshape(-1, 1, 1, 1)
-        return ((x_t.double() - ab.sqrt() * x0.double()) / (1 - ab).sqrt()).float()
+        x0_batch = x0.repeat(x_t.shape[0] // x0.shape[0], 1, 1, 1).double()
+        return ((x_t.double() - ab.sqrt() * x0_batch) / (1 - ab).sqrt()).float()
 
     return model
 
 
-def test_bpd_loop_with_true_posterior_is_analytic():
+@pytest.mark.parametrize("steps_per_call", [1, 3, 4])
+def test_bpd_loop_with_true_posterior_is_analytic(steps_per_call):
     T = 4
     sched = np_schedule("cosine", T)
     diffusion = GaussianDiffusion(
@@ -276,7 +281,10 @@ def test_bpd_loop_with_true_posterior_is_analytic():
     levels = torch.tensor([0, 1, 100, 200, 255])
     x0 = (levels.float() / 127.5 - 1.0).reshape(5, 1, 1, 1)
     out = diffusion.calc_bpd_loop(
-        _oracle_eps_model(x0, sched["alpha_bar"]), x0, clip_denoised=False
+        _oracle_eps_model(x0, sched["alpha_bar"]),
+        x0,
+        clip_denoised=False,
+        steps_per_call=steps_per_call,
     )
 
     beta_tilde_1 = sched["betas"][1] * (1 - sched["alpha_bar"][0]) / (1 - sched["alpha_bar"][1])
@@ -294,6 +302,43 @@ def test_bpd_loop_with_true_posterior_is_analytic():
         assert out["total_bpd"][i].item() == pytest.approx(
             decoder_bits + prior_bits, rel=1e-4, abs=1e-4
         )
+
+
+@pytest.mark.parametrize("steps", [None, "4"])
+def test_bpd_loop_steps_per_call_same_terms(steps):
+    diffusion = create_diffusion("cosine", 10, variance_type="learned_range")
+    if steps is not None:
+        diffusion = diffusion.respace(steps)
+    weight = torch.randn(2, 1, 3, 3, generator=torch.Generator().manual_seed(1))
+    seen_t = []
+
+    def model(x, t, y):
+        seen_t.append(t.clone())
+        out = torch.tanh(torch.nn.functional.conv2d(x, weight, padding=1))
+        return out + (t.float() / 1000 + y.float() / 10).reshape(-1, 1, 1, 1)
+
+    x0 = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    y = torch.tensor([0, 4, 9])
+    results = {}
+    for k in (1, 3, diffusion.num_timesteps):
+        seen_t.clear()
+        results[k] = diffusion.calc_bpd_loop(
+            model,
+            x0,
+            model_kwargs={"y": y},
+            generator=torch.Generator().manual_seed(0),
+            steps_per_call=k,
+        )
+        assert len(seen_t) == math.ceil(diffusion.num_timesteps / k)
+    for k in (3, diffusion.num_timesteps):
+        for key in ("vb", "xstart_mse", "mse", "total_bpd"):
+            torch.testing.assert_close(results[k][key], results[1][key], rtol=1e-5, atol=1e-6)
+
+
+def test_bpd_loop_rejects_zero_steps_per_call():
+    diffusion = create_diffusion("cosine", 5)
+    with pytest.raises(ValueError, match="steps_per_call must be at least 1, got 0"):
+        diffusion.calc_bpd_loop(lambda x, t: x, torch.zeros(2, 1, 2, 2), steps_per_call=0)
 
 
 def test_bpd_loop_raises_on_non_finite():

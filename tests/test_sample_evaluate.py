@@ -214,6 +214,35 @@ def test_sample_seed_reproducible(sample_cfg, tmp_path, method):
 
 
 @pytest.mark.slow
+def test_sample_bf16_close_to_fp32(sample_cfg, tmp_path):
+    fp32 = sample(sample_cfg("seed=3", f"output_dir={tmp_path / 'fp32'}"))
+    bf16 = sample(sample_cfg("seed=3", "precision=bf16", f"output_dir={tmp_path / 'bf16'}"))
+    info = json.loads(bf16["info_path"].read_text())
+    assert info["precision"] == "bf16"
+    # Another arithmetic path, so not identical, but the same images to within a few levels.
+    difference = np.abs(fp32["images"].astype(int) - bf16["images"].astype(int))
+    assert difference.max() > 0
+    assert difference.mean() < 3.0
+
+
+@pytest.mark.slow
+def test_sample_compiled_matches_eager(sample_cfg, tmp_path):
+    eager = sample(sample_cfg("seed=5", f"output_dir={tmp_path / 'eager'}"))
+    compiled = sample(sample_cfg("seed=5", "compile=true", f"output_dir={tmp_path / 'compiled'}"))
+    assert json.loads(compiled["info_path"].read_text())["compile"] is True
+    difference = np.abs(eager["images"].astype(int) - compiled["images"].astype(int))
+    assert difference.max() <= 1  # float32 either way: at most a rounding step apart
+
+
+@pytest.mark.parametrize("entry", ["sample", "evaluate"])
+def test_invalid_precision_rejected_before_loading(compose_cfg, tmp_path, entry):
+    cfg = compose_cfg(entry, f"ckpt_path={tmp_path / 'missing.ckpt'}", "precision=fp16")
+    run = sample if entry == "sample" else evaluate
+    with pytest.raises(ValueError, match="precision='fp16' is invalid; use 32"):
+        run(cfg)
+
+
+@pytest.mark.slow
 def test_sample_npz_layout(sample_cfg):
     result = sample(sample_cfg("labels=random", "seed=4"))
     with np.load(result["npz_path"]) as data:
@@ -280,6 +309,32 @@ def test_nll_terms_sum_to_total(evaluate_cfg):
     total = sum(float(r["vb_bpd"]) for r in rows) + nll["prior_bpd"]
     assert total == pytest.approx(nll["bpd"], rel=1e-5)
     assert float(rows[0]["vb_bpd"]) == pytest.approx(nll["decoder_bpd"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_nll_steps_per_call_same_bound(evaluate_cfg):
+    common = ("metrics=[nll]", "nll.max_images=12", "nll.batch_size=8")
+    one = evaluate(evaluate_cfg(*common, "nll.steps_per_call=1"))["metrics"]["nll"]
+    auto = evaluate(evaluate_cfg(*common))["metrics"]["nll"]
+    assert one["steps_per_call"] == 1
+    assert auto["steps_per_call"] is None
+    assert auto["bpd"] == pytest.approx(one["bpd"], rel=1e-5)
+    assert auto["decoder_bpd"] == pytest.approx(one["decoder_bpd"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_nll_bf16_close_to_fp32(evaluate_cfg):
+    common = ("metrics=[nll]", "nll.max_images=12")
+    fp32 = evaluate(evaluate_cfg(*common))["metrics"]["nll"]
+    bf16 = evaluate(evaluate_cfg(*common, "precision=bf16"))["metrics"]["nll"]
+    assert bf16["precision"] == "bf16"
+    assert bf16["bpd"] != fp32["bpd"]
+    assert bf16["bpd"] == pytest.approx(fp32["bpd"], rel=0.02)
+
+
+def test_nll_steps_per_call_zero_rejected(evaluate_cfg):
+    with pytest.raises(ValueError, match="nll.steps_per_call=0 is invalid"):
+        evaluate(evaluate_cfg("metrics=[nll]", "nll.steps_per_call=0"))
 
 
 @pytest.mark.slow

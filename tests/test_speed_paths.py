@@ -3,12 +3,19 @@
 * attention lays out q, k, v for SDPA's fused kernel, except bf16 on the CPU at short lengths;
 * ``DiffusionModule(compile_net=True)`` compiles the UNet in place: same keys, same losses;
 * checkpoints load across compiled (``_orig_mod.``) and plain key names, both ways;
-* ``DiffusionModule(channels_last=True)`` stores NHWC weights and computes the same step.
+* ``DiffusionModule(channels_last=True)`` stores NHWC weights and computes the same step;
+* ``benchmarks/speed.py`` runs its machine section and rejects a missing reference.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +25,7 @@ from iddpm_pl.diffusion import UniformSampler, create_diffusion
 from iddpm_pl.lightning_module import DiffusionModule
 from iddpm_pl.models import UNet, layers
 from iddpm_pl.models.layers import AttentionBlock
+from iddpm_pl.train import train
 
 T = 50
 
@@ -191,3 +199,56 @@ def test_channels_last_module_matches_contiguous():
     again = tiny_module()
     again.load_state_dict(fast.state_dict())
     torch.testing.assert_close(again.net.input_blocks[0][0].weight, conv)
+
+
+# ----------------------------------------------------------------------------- config options
+
+
+def test_channels_last_option_trains(compose_train):
+    result = train(compose_train("module.channels_last=true", "trainer.fast_dev_run=true"))
+    assert math.isfinite(result["metrics"]["train/loss"])
+
+
+@pytest.mark.slow
+def test_compile_net_option_trains(compose_train):
+    result = train(compose_train("module.compile_net=true", "trainer.fast_dev_run=true"))
+    assert math.isfinite(result["metrics"]["train/loss"])
+
+
+# ----------------------------------------------------------------------------- benchmark script
+
+SPEED_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+
+
+def run_speed(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(
+        [sys.executable, str(SPEED_SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_speed_script_peak_section(tmp_path):
+    out = tmp_path / "speed.json"
+    result = run_speed("--sections", "peak", "--json", str(out), tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads(out.read_text())
+    assert saved["peaks"]["fp32"] > 1e8  # FLOP/s: any CPU of this century clears 0.1 GFLOP/s
+    assert saved["peaks"]["bf16"] > 0
+    assert saved["machine"]["threads"] == 1
+
+
+def test_speed_script_needs_reference(tmp_path):
+    result = run_speed("--sections", "train", tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "pass --reference <folder holding improved_diffusion/>" in result.stderr
+
+
+def test_speed_script_rejects_bad_reference(tmp_path):
+    result = run_speed("--reference", str(tmp_path), tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "no improved_diffusion/unet.py there" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -186,6 +187,19 @@ def test_bad_combination_fails_before_training(compose_train, tmp_path):
     cfg = compose_train("loss=simple", "variance=learned_range", output_dir=tmp_path / "bad2")
     with pytest.raises(ConfigError, match="no gradient"):
         train(cfg)
+
+
+def test_fused_clipping_mixed_fails_before_training(compose_train, tmp_path):
+    fast = ("trainer.precision=bf16-mixed", "+module.optimizer.fused=true")
+    cfg = compose_train(*fast, output_dir=tmp_path / "bad")
+    with pytest.raises(ConfigError, match="Set trainer.gradient_clip_val=null"):
+        train(cfg)
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+    # The fix the message names trains.
+    cfg = compose_train(*fast, "trainer.gradient_clip_val=null", "trainer.fast_dev_run=true")
+    result = train(cfg)
+    assert math.isfinite(result["metrics"]["train/loss"])
 
 
 def test_missing_data_path_fails_before_training(compose_train, tmp_path):

@@ -94,8 +94,8 @@ def test_run_logs_resolved_config(offline_run):
 def test_run_logs_image_files(offline_run):
     _, run = offline_run
     samples = run.media_files("samples/ema")
-    # Steps 2 and 4, and the final grid at step 4.
-    assert len(samples) == 3
+    # Steps 2 and 4; the end of fit does not draw step 4 again.
+    assert len(samples) == 2
     for path in samples:
         # 4 samples: a 2x2 grid of 8x8 images with 1-pixel borders, not enlarged.
         assert Image.open(path).size == (20, 20)

@@ -52,6 +52,8 @@ class LoadedRun:
         run_dir: the folder containing ``.hydra/config.yaml``.
         ckpt_path: the checkpoint file that was loaded.
         global_step: the training step the checkpoint was saved at (``None`` if absent).
+        inference_net: the network that sampling and evaluation run in place of the
+            module's EMA or raw one (a compiled copy); ``None`` runs the module's own.
     """
 
     module: DiffusionModule
@@ -59,6 +61,7 @@ class LoadedRun:
     run_dir: Path
     ckpt_path: Path
     global_step: int | None
+    inference_net: torch.nn.Module | None = None
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

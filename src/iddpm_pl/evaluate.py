@@ -38,6 +38,7 @@ from iddpm_pl.checkpoint import LoadedRun, load_run
 from iddpm_pl.data import uint8_to_float
 from iddpm_pl.data.base import SPLITS
 from iddpm_pl.data.digits import DigitsDataModule
+from iddpm_pl.inference import check_precision, compile_for_inference, network_autocast
 from iddpm_pl.lightning_module import DiffusionModule
 from iddpm_pl.metrics import (
     ClassifierFeatures,
@@ -114,6 +115,9 @@ def evaluate_nll(
     use_ema: bool = True,
     clip_denoised: bool = True,
     progress: bool = True,
+    steps_per_call: int | None = None,
+    precision: str = "32",
+    net: torch.nn.Module | None = None,
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Run ``calc_bpd_loop`` over uint8 ``[N, C, H, W]`` images in batches.
 
@@ -124,6 +128,10 @@ def evaluate_nll(
         steps: respacing spec; ``None`` evaluates all T steps. A respaced chain gives a
             looser bound than the full one, never a lower value in expectation.
         seed: seed of the noise of q(x_t | x_0) (one generator, drawn batch after batch).
+        steps_per_call: chain steps evaluated in one network call; ``None`` fills the
+            network batch: ``max(1, batch_size // images in the batch)``.
+        precision: ``"bf16"`` runs the network under bf16 autocast; the terms stay float32.
+        net: runs in place of the EMA or raw network (a compiled copy, for example).
 
     Returns:
         The summary (means over images in bits/dim, their standard errors, counts) and the
@@ -131,7 +139,8 @@ def evaluate_nll(
         ``xstart_mse``, ``eps_mse`` (means over images), each ``[K]``.
     """
     diffusion = module.diffusion if steps is None else module.diffusion.respace(steps)
-    net = module.ema.module if use_ema else module.net
+    if net is None:
+        net = module.ema.module if use_ema else module.net
     net.eval()
     device = module.device
     num_steps = diffusion.num_timesteps
@@ -147,14 +156,17 @@ def evaluate_nll(
     with tqdm(total=n, desc=f"NLL ({num_steps} steps)", unit="img", disable=not progress) as bar:
         for start in range(0, n, batch_size):
             x_start = uint8_to_float(images[start : start + batch_size]).to(device)
-            out = diffusion.calc_bpd_loop(
-                net,
-                x_start,
-                clip_denoised=clip_denoised,
-                model_kwargs=kwargs_for(labels[start : start + batch_size]),
-                generator=generator,
-                progress=progress,
-            )
+            per_call = steps_per_call or max(1, batch_size // x_start.shape[0])
+            with network_autocast(device, precision):
+                out = diffusion.calc_bpd_loop(
+                    net,
+                    x_start,
+                    clip_denoised=clip_denoised,
+                    model_kwargs=kwargs_for(labels[start : start + batch_size]),
+                    generator=generator,
+                    progress=progress,
+                    steps_per_call=per_call,
+                )
             vb = out["vb"].double().cpu()  # [B, K] bits/dim
             sums["vb"] += vb.sum(dim=0)
             sums["vb2"] += vb.pow(2).sum(dim=0)
@@ -191,6 +203,8 @@ def evaluate_nll(
         "use_ema": use_ema,
         "clip_denoised": clip_denoised,
         "batch_size": batch_size,
+        "steps_per_call": steps_per_call,
+        "precision": precision,
         "seed": seed,
         "seconds": seconds,
         "images_per_second": n / seconds if seconds > 0 else None,
@@ -336,6 +350,8 @@ def get_samples(
         bool(cfg.use_ema),
         labels,
         bool(cfg.progress),
+        precision=str(cfg.get("precision", "32")),
+        net=run.inference_net,
     )
     seconds = time.perf_counter() - start
     npz_path = save_npz(output_dir, samples, labels)
@@ -505,6 +521,12 @@ def nll_section(
     count = images.shape[0] if max_images is None else min(int(max_images), images.shape[0])
     if count < 1:
         raise ValueError(f"nll.max_images={max_images} leaves no image to evaluate; use 1 or more")
+    steps_per_call = cfg.nll.get("steps_per_call")
+    if steps_per_call is not None and int(steps_per_call) < 1:
+        raise ValueError(
+            f"nll.steps_per_call={steps_per_call} is invalid; use 1 or more, or null to fill "
+            "the network batch"
+        )
     summary, table = evaluate_nll(
         run.module,
         images[:count],
@@ -515,6 +537,9 @@ def nll_section(
         use_ema=bool(cfg.use_ema),
         clip_denoised=bool(cfg.nll.clip_denoised),
         progress=bool(cfg.progress),
+        steps_per_call=None if steps_per_call is None else int(steps_per_call),
+        precision=str(cfg.get("precision", "32")),
+        net=run.inference_net,
     )
     terms_path = write_vb_terms(output_dir / "vb_terms.csv", table)
     log.info(
@@ -539,12 +564,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """
     metrics = check_metrics(cfg.metrics)
     split = check_split(str(cfg.split))
+    precision = check_precision(cfg.get("precision", "32"))
     ckpt_path = require_ckpt_path(cfg)
     wants_samples = any(name in SAMPLE_METRICS for name in metrics)
     draws_samples = wants_samples and not cfg.sampling.get("samples_path")
     if draws_samples:
         check_method(str(cfg.sampling.method))
     run = load_run(ckpt_path, cfg.get("run_dir"), list(cfg.get("run_overrides") or []), cfg.device)
+    if cfg.get("compile", False):
+        module = run.module
+        run.inference_net = compile_for_inference(module.ema.module if cfg.use_ema else module.net)
     num_timesteps = run.module.diffusion.num_timesteps
     nll_steps = check_steps(cfg.nll.steps, num_timesteps, "nll.steps")
     if draws_samples:
@@ -572,6 +601,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "split_size": int(images.shape[0]),
         "seed": int(cfg.seed),
         "use_ema": bool(cfg.use_ema),
+        "precision": precision,
+        "compile": bool(cfg.get("compile", False)),
         "device": str(run.module.device),
         "date": datetime.now().isoformat(timespec="seconds"),
     }

@@ -241,19 +241,22 @@ class DiffusionModule(pl.LightningModule):
         seed: int | None = None,
         use_ema: bool = True,
         progress: bool = False,
+        net: nn.Module | None = None,
     ) -> torch.Tensor:
         """Draw ``[num_samples, C, H, W]`` images in [-1, 1] from the (EMA) network.
 
         ``steps`` respaces the chain (``None`` keeps all T); ``method`` is ``ancestral`` or
         ``ddim`` (with ``eta``). With a ``seed`` every draw comes from a private generator
-        (the same images for the same seed, and the global RNG untouched).
+        (the same images for the same seed, and the global RNG untouched). ``net`` runs in
+        place of the EMA or raw network, for example a compiled copy of it.
         """
         if method not in ("ancestral", "ddim"):
             raise ValueError(
                 f"unknown sampling method {method!r}; valid choices are ancestral, ddim"
             )
         diffusion = self.diffusion if steps is None else self.diffusion.respace(str(steps))
-        net = self.ema.module if use_ema else self.net
+        if net is None:
+            net = self.ema.module if use_ema else self.net
         shape = (num_samples, *self.image_shape)
         generator = None
         if seed is not None:

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from iddpm_pl.checkpoint import LoadedRun, load_run
 from iddpm_pl.diffusion import space_timesteps
+from iddpm_pl.inference import check_precision, compile_for_inference, network_autocast
 from iddpm_pl.lightning_module import DiffusionModule
 from iddpm_pl.utils.images import make_grid, save_png, to_uint8
 
@@ -112,12 +113,15 @@ def draw_samples(
     use_ema: bool = True,
     labels: torch.Tensor | None = None,
     progress: bool = True,
+    precision: str = "32",
+    net: torch.nn.Module | None = None,
 ) -> torch.Tensor:
     """Draw ``num_samples`` images in batches; returns uint8 ``[N, C, H, W]`` on the CPU.
 
     Batch ``i`` is drawn with its own seed from ``(seed, i)``, so the same seed and
     ``batch_size`` give the same images. ``labels`` (int64 ``[N]``) condition a
-    class-conditional model.
+    class-conditional model. ``precision`` ``"bf16"`` runs the network under bf16
+    autocast, and ``net`` replaces the EMA or raw network (a compiled copy, for example).
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be at least 1, got {num_samples}")
@@ -132,16 +136,18 @@ def draw_samples(
             start = index * batch_size
             count = min(batch_size, num_samples - start)
             batch_labels = None if labels is None else labels[start : start + count]
-            images = module.sample(
-                count,
-                steps=steps,
-                method=method,  # type: ignore[arg-type]
-                eta=eta,
-                labels=batch_labels,
-                seed=batch_seed(seed, index),
-                use_ema=use_ema,
-                progress=progress and num_batches == 1,
-            )
+            with network_autocast(module.device, precision):
+                images = module.sample(
+                    count,
+                    steps=steps,
+                    method=method,  # type: ignore[arg-type]
+                    eta=eta,
+                    labels=batch_labels,
+                    seed=batch_seed(seed, index),
+                    use_ema=use_ema,
+                    progress=progress and num_batches == 1,
+                    net=net,
+                )
             # Converted to the 8-bit grid once, here; everything downstream reads uint8.
             chunks.append(to_uint8(images).cpu())
             bar.update(count)
@@ -205,6 +211,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         ``[N, H, W, C]`` numpy) and ``labels`` (int64 ``[N]`` numpy, or ``None``).
     """
     check_method(str(cfg.sampling.method))
+    precision = check_precision(cfg.get("precision", "32"))
     ckpt_path = require_ckpt_path(cfg)
     run = load_run(ckpt_path, cfg.get("run_dir"), list(cfg.get("run_overrides") or []), cfg.device)
     num_timesteps = run.module.diffusion.num_timesteps
@@ -231,6 +238,9 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "EMA" if cfg.use_ema else "raw",
     )
 
+    net = None
+    if cfg.get("compile", False):
+        net = compile_for_inference(run.module.ema.module if cfg.use_ema else run.module.net)
     start = time.perf_counter()
     images = draw_samples(
         run.module,
@@ -243,6 +253,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         bool(cfg.use_ema),
         labels,
         bool(cfg.progress),
+        precision=precision,
+        net=net,
     )
     seconds = time.perf_counter() - start
 
@@ -263,6 +275,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "eta": eta,
         "seed": seed,
         "use_ema": bool(cfg.use_ema),
+        "precision": precision,
+        "compile": bool(cfg.get("compile", False)),
         "labels": str(cfg.labels) if labels is not None else None,
         "device": str(run.module.device),
         "seconds": seconds,

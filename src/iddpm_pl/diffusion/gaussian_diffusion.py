@@ -481,11 +481,16 @@ class GaussianDiffusion(SamplingMixin, nn.Module):
         model_kwargs: dict[str, Any] | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
+        steps_per_call: int = 1,
     ) -> dict[str, torch.Tensor]:
         """Evaluate the full variational bound of ``x_start`` ``[N, C, H, W]`` in bits/dim.
 
         Runs every step of this chain (all T, or the kept steps of a respaced diffusion,
-        which still gives an upper bound on the NLL).
+        which still gives an upper bound on the NLL). The terms of different steps are
+        independent, so ``steps_per_call`` steps share one network call of ``N *
+        steps_per_call`` images: small batches then run at the speed of large ones. The
+        noise is drawn step by step in the same order whatever ``steps_per_call`` is, so
+        the result does not depend on it beyond float rounding.
 
         Returns:
             ``total_bpd`` ``[N]`` (sum of every L_t plus the prior term), ``prior_bpd`` ``[N]``,
@@ -493,25 +498,43 @@ class GaussianDiffusion(SamplingMixin, nn.Module):
             ``mse`` ``[N, T]`` (errors of the x_0 and eps predictions).
 
         Raises:
+            ValueError: when ``steps_per_call`` is below 1.
             FloatingPointError: when a term is NaN or infinite, naming the first step.
         """
         from tqdm.auto import tqdm
 
+        if steps_per_call < 1:
+            raise ValueError(f"steps_per_call must be at least 1, got {steps_per_call}")
         n = x_start.shape[0]
         vb = x_start.new_zeros(n, self.num_timesteps, dtype=torch.float32)
         xstart_mse = torch.zeros_like(vb)
         eps_mse = torch.zeros_like(vb)
-        steps = range(self.num_timesteps - 1, -1, -1)
-        for step in tqdm(steps, desc="bits/dim", disable=not progress, leave=False):
-            t = torch.full((n,), step, device=x_start.device, dtype=torch.int64)
-            noise = torch.randn(x_start.shape, generator=generator, device=x_start.device)
-            x_t = self.q_sample(x_start, t, noise)
-            output = self.call_model(model, x_t, t, model_kwargs).float()
-            terms, stats = self.vb_terms_bpd(output, x_start, x_t, t, clip_denoised)
-            vb[:, step] = terms
-            xstart_mse[:, step] = mean_flat((stats.pred_xstart - x_start) ** 2)
-            eps = self.predict_eps_from_xstart(x_t, t, stats.pred_xstart)
-            eps_mse[:, step] = mean_flat((eps - noise) ** 2)
+        kwargs = model_kwargs or {}
+        steps = list(range(self.num_timesteps - 1, -1, -1))
+        with tqdm(total=len(steps), desc="bits/dim", disable=not progress, leave=False) as bar:
+            for first in range(0, len(steps), steps_per_call):
+                chunk = steps[first : first + steps_per_call]
+                k = len(chunk)
+                chain = torch.tensor(chunk, device=x_start.device, dtype=torch.int64)
+                t = chain.repeat_interleave(n)  # [k * N]: step chunk[0] for N images, then ...
+                noise = torch.cat(
+                    [
+                        torch.randn(x_start.shape, generator=generator, device=x_start.device)
+                        for _ in chunk
+                    ]
+                )  # [k * N, C, H, W]
+                x0 = x_start.repeat(k, *([1] * (x_start.ndim - 1)))
+                x_t = self.q_sample(x0, t, noise)
+                call_kwargs = {
+                    key: value.repeat(k, *([1] * (value.ndim - 1))) for key, value in kwargs.items()
+                }
+                output = self.call_model(model, x_t, t, call_kwargs).float()
+                terms, stats = self.vb_terms_bpd(output, x0, x_t, t, clip_denoised)
+                eps = self.predict_eps_from_xstart(x_t, t, stats.pred_xstart)
+                vb[:, chain] = terms.reshape(k, n).T
+                xstart_mse[:, chain] = mean_flat((stats.pred_xstart - x0) ** 2).reshape(k, n).T
+                eps_mse[:, chain] = mean_flat((eps - noise) ** 2).reshape(k, n).T
+                bar.update(k)
 
         prior = self.prior_bpd(x_start)
         total = vb.sum(dim=1) + prior

@@ -23,7 +23,8 @@ def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` for settings that make no sense together.
 
     Checked: the option names, T, the loss against the variance type, class conditioning
-    against the data, and the respacing of the preview sampler.
+    against the data, the respacing of the preview sampler, and gradient clipping of a fused
+    optimizer under mixed precision.
     """
     diffusion = cfg.diffusion
     variance = parse_option(VarianceType, diffusion.variance_type, "variance type (variance=...)")
@@ -66,6 +67,8 @@ def validate_config(cfg: DictConfig) -> None:
         except ValueError as error:
             raise ConfigError(f"callbacks.sample_grid.steps: {error}") from None
 
+    check_fused_clipping(cfg)
+
     sampler_target = str(cfg.timestep_sampler._target_)
     if sampler_target.endswith("LossSecondMomentResampler") and loss is LossType.SIMPLE:
         log.warning(
@@ -88,3 +91,22 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None) -> Non
         path = Path(save_to)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def check_fused_clipping(cfg: DictConfig) -> None:
+    """Reject gradient clipping of a fused optimizer under mixed precision.
+
+    Lightning's mixed-precision plugin refuses to clip gradients for an optimizer that
+    unscales them itself (``fused=True``), and it would fail only at the first step.
+    """
+    trainer = cfg.get("trainer") or {}
+    precision = str(trainer.get("precision", ""))
+    clip = trainer.get("gradient_clip_val")
+    optimizer = (cfg.get("module") or {}).get("optimizer") or {}
+    if precision.endswith("-mixed") and clip and optimizer.get("fused"):
+        raise ConfigError(
+            f"trainer.precision={precision} with module.optimizer.fused=true and "
+            f"trainer.gradient_clip_val={clip}: Lightning cannot clip the gradients of a fused "
+            "optimizer under mixed precision. Set trainer.gradient_clip_val=null, or drop "
+            "module.optimizer.fused."
+        )
