@@ -513,9 +513,9 @@ VARIANT_FILTER: list[str] | None = None
 def select(fns: dict[str, Callable[[], Any]]) -> dict[str, Callable[[], Any]]:
     """Keep ``reference fp32`` rows and the variants that ``--variants`` names.
 
-    Timing few variants per process matters for compiled ones: each compiled net adds an
-    entry that Dynamo checks on every call of ``UNet.forward``, which a single compiled
-    net in ``iddpm_pl.sample`` or ``evaluate`` does not pay.
+    With few variants per process each shape has one compiled net, as in ``iddpm_pl.sample``
+    or ``evaluate``. With many, a call of ``UNet.forward`` may check the guards of the
+    other compiled nets' cache entries before it finds its own.
     """
     if VARIANT_FILTER is None:
         return fns
