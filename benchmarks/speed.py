@@ -908,8 +908,8 @@ def lightning_overhead(
 QUALITY_PATHS = {
     "fp32": ["trainer.precision=32-true"],
     "bf16": ["trainer.precision=bf16-mixed"],
-    # Not fused AdamW: Lightning refuses to clip the gradients of a fused optimizer under
-    # mixed precision, and the default run clips at 1.0.
+    # Not fused AdamW: the default run clips gradients at 1.0, and Lightning raises an error
+    # when it clips those of a fused optimizer under mixed precision.
     "bf16+compile": ["trainer.precision=bf16-mixed", "module.compile_net=true"],
 }
 
@@ -932,7 +932,9 @@ def quality_runs(
 
     unknown = sorted(set(paths) - set(QUALITY_PATHS))
     if unknown:
-        raise SystemExit(f"--quality-paths {unknown}: unknown; choose from {sorted(QUALITY_PATHS)}")
+        raise SystemExit(
+            f"--quality-paths {unknown} are invalid; choose from {sorted(QUALITY_PATHS)}"
+        )
     curves: dict[str, dict[str, Any]] = {}
     for path in paths:
         for seed in seeds:
@@ -1063,8 +1065,8 @@ def main(argv: list[str] | None = None) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
     torch.set_num_threads(args.threads)
-    # Every variant compiles UNet.forward again (other weights, shapes or autocast state);
-    # past Dynamo's default limit of 8 it would silently run the rest eagerly.
+    # Every variant compiles UNet.forward again (other weights, shapes or autocast state).
+    # Past Dynamo's default limit of 8 the rest would run eagerly, with only a logged warning.
     torch._dynamo.config.recompile_limit = 64
     torch.set_float32_matmul_precision("high")  # as train.py sets it
     torch.manual_seed(0)

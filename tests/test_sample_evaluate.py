@@ -314,12 +314,12 @@ def test_nll_terms_sum_to_total(evaluate_cfg):
 @pytest.mark.slow
 def test_nll_steps_per_call_same_bound(evaluate_cfg):
     common = ("metrics=[nll]", "nll.max_images=12", "nll.batch_size=8")
-    one = evaluate(evaluate_cfg(*common, "nll.steps_per_call=1"))["metrics"]["nll"]
+    single = evaluate(evaluate_cfg(*common, "nll.steps_per_call=1"))["metrics"]["nll"]
     auto = evaluate(evaluate_cfg(*common))["metrics"]["nll"]
-    assert one["steps_per_call"] == 1
+    assert single["steps_per_call"] == 1
     assert auto["steps_per_call"] is None
-    assert auto["bpd"] == pytest.approx(one["bpd"], rel=1e-5)
-    assert auto["decoder_bpd"] == pytest.approx(one["decoder_bpd"], rel=1e-5)
+    assert auto["bpd"] == pytest.approx(single["bpd"], rel=1e-5)
+    assert auto["decoder_bpd"] == pytest.approx(single["decoder_bpd"], rel=1e-5)
 
 
 @pytest.mark.slow
@@ -332,9 +332,11 @@ def test_nll_bf16_close_to_fp32(evaluate_cfg):
     assert bf16["bpd"] == pytest.approx(fp32["bpd"], rel=0.02)
 
 
-def test_nll_steps_per_call_zero_rejected(evaluate_cfg):
+def test_nll_steps_per_call_zero_rejected(evaluate_cfg, tmp_path):
+    # A missing checkpoint: the option is checked before anything is loaded.
+    cfg = evaluate_cfg("metrics=[nll]", "nll.steps_per_call=0", ckpt=tmp_path / "missing.ckpt")
     with pytest.raises(ValueError, match="nll.steps_per_call=0 is invalid"):
-        evaluate(evaluate_cfg("metrics=[nll]", "nll.steps_per_call=0"))
+        evaluate(cfg)
 
 
 @pytest.mark.slow

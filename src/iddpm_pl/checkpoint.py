@@ -63,6 +63,10 @@ class LoadedRun:
     global_step: int | None
     inference_net: torch.nn.Module | None = None
 
+    def network(self, use_ema: bool) -> torch.nn.Module:
+        """Return the EMA network when ``use_ema``, else the raw one."""
+        return self.module.ema.module if use_ema else self.module.net
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """Return ``device``, or CUDA when available for ``None`` / ``"auto"``, else the CPU."""

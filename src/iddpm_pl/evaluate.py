@@ -416,6 +416,18 @@ def sample_quality(
 # ---------------------------------------------------------------------- outputs
 
 
+def check_steps_per_call(value: Any) -> int | None:
+    """Return ``nll.steps_per_call`` as an int of at least 1, or ``None`` (fill the batch)."""
+    if value is None:
+        return None
+    if int(value) < 1:
+        raise ValueError(
+            f"nll.steps_per_call={value} is invalid; use 1 or more, or null to fill the "
+            "network batch"
+        )
+    return int(value)
+
+
 def default_output_dir(run_dir: Path, ckpt_path: Path, split: str) -> Path:
     """Create and return ``RUN/eval/<checkpoint name>_<split>_<time stamp>``.
 
@@ -521,12 +533,7 @@ def nll_section(
     count = images.shape[0] if max_images is None else min(int(max_images), images.shape[0])
     if count < 1:
         raise ValueError(f"nll.max_images={max_images} leaves no image to evaluate; use 1 or more")
-    steps_per_call = cfg.nll.get("steps_per_call")
-    if steps_per_call is not None and int(steps_per_call) < 1:
-        raise ValueError(
-            f"nll.steps_per_call={steps_per_call} is invalid; use 1 or more, or null to fill "
-            "the network batch"
-        )
+    steps_per_call = check_steps_per_call(cfg.nll.get("steps_per_call"))
     summary, table = evaluate_nll(
         run.module,
         images[:count],
@@ -537,7 +544,7 @@ def nll_section(
         use_ema=bool(cfg.use_ema),
         clip_denoised=bool(cfg.nll.clip_denoised),
         progress=bool(cfg.progress),
-        steps_per_call=None if steps_per_call is None else int(steps_per_call),
+        steps_per_call=steps_per_call,
         precision=str(cfg.get("precision", "32")),
         net=run.inference_net,
     )
@@ -565,6 +572,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics = check_metrics(cfg.metrics)
     split = check_split(str(cfg.split))
     precision = check_precision(cfg.get("precision", "32"))
+    check_steps_per_call(cfg.nll.get("steps_per_call"))  # before the checkpoint loads
     ckpt_path = require_ckpt_path(cfg)
     wants_samples = any(name in SAMPLE_METRICS for name in metrics)
     draws_samples = wants_samples and not cfg.sampling.get("samples_path")
@@ -572,8 +580,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         check_method(str(cfg.sampling.method))
     run = load_run(ckpt_path, cfg.get("run_dir"), list(cfg.get("run_overrides") or []), cfg.device)
     if cfg.get("compile", False):
-        module = run.module
-        run.inference_net = compile_for_inference(module.ema.module if cfg.use_ema else module.net)
+        run.inference_net = compile_for_inference(run.network(bool(cfg.use_ema)))
     num_timesteps = run.module.diffusion.num_timesteps
     nll_steps = check_steps(cfg.nll.steps, num_timesteps, "nll.steps")
     if draws_samples:

@@ -238,9 +238,8 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         "EMA" if cfg.use_ema else "raw",
     )
 
-    net = None
     if cfg.get("compile", False):
-        net = compile_for_inference(run.module.ema.module if cfg.use_ema else run.module.net)
+        run.inference_net = compile_for_inference(run.network(bool(cfg.use_ema)))
     start = time.perf_counter()
     images = draw_samples(
         run.module,
@@ -254,7 +253,7 @@ def sample(cfg: DictConfig) -> dict[str, Any]:
         labels,
         bool(cfg.progress),
         precision=precision,
-        net=net,
+        net=run.inference_net,
     )
     seconds = time.perf_counter() - start
 

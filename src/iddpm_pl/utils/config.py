@@ -96,8 +96,8 @@ def print_config_tree(cfg: DictConfig, save_to: str | Path | None = None) -> Non
 def check_fused_clipping(cfg: DictConfig) -> None:
     """Reject gradient clipping of a fused optimizer under mixed precision.
 
-    Lightning's mixed-precision plugin refuses to clip gradients for an optimizer that
-    unscales them itself (``fused=True``), and it would fail only at the first step.
+    Lightning's mixed-precision plugin raises an error when it clips the gradients of an
+    optimizer that unscales them itself (``fused=True``), but only at the first step.
     """
     trainer = cfg.get("trainer") or {}
     precision = str(trainer.get("precision", ""))
